@@ -1,0 +1,21 @@
+"""fastuvit: a fast, checkpoint-compatible U-ViT (Bao et al., CVPR 2023) with fused Triton kernels.
+
+    from fastuvit import UViT            # drop-in for libs.uvit.UViT
+    model = fastuvit.create_model("imagenet256_uvit_huge")
+    fastuvit.load_checkpoint(model, "imagenet256_uvit_huge.pth")
+
+``fastuvit.reference`` is the eager ground truth; ``fastuvit.ops`` the functional fused ops.
+Importing fastuvit needs neither Triton nor a GPU.
+"""
+from . import ops, reference
+from .checkpoint import load_checkpoint, load_model, load_state_dict_file, save_state_dict
+from .configs import CONFIGS, create_model, model_config
+from .model import UViT, UViTT2I
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UViT", "UViTT2I", "create_model", "model_config", "CONFIGS",
+    "load_checkpoint", "load_model", "load_state_dict_file", "save_state_dict",
+    "ops", "reference", "__version__",
+]

@@ -1,0 +1,45 @@
+"""Where each fused op runs (DESIGN.md §3).
+
+- CUDA tensors and Triton importable -> the Triton kernels.
+- CPU tensors -> the eager fallback, except under ``TRITON_INTERPRET=1``, where the Triton kernels
+  run in Triton's interpreter (that is how the test suite checks them without a GPU).
+
+Nothing here imports Triton at module load: ``import fastuvit`` works without it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Triton is importable (a CPU-only torch may come without it)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install counts as absent, not as a crash at dispatch time
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """Triton kernels run in the interpreter (read per call: tests may set it late)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """True when the Triton kernels should run for these tensors (all on one device)."""
+    if not triton_available():
+        return False
+    device_type = tensors[0].device.type
+    if device_type == "cuda":
+        return not interpreting()
+    if device_type == "cpu":
+        return interpreting()
+    return False
