@@ -8,11 +8,15 @@ Nothing here imports Triton at module load: ``import fastuvit`` works without it
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+import threading
 
 import torch
+
+_state = threading.local()
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,9 +37,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def kernels_enabled() -> bool:
+    return getattr(_state, "kernels_enabled", True) and os.environ.get("FASTUVIT_DISABLE_KERNELS", "0") != "1"
+
+
+@contextlib.contextmanager
+def eager_fallback():
+    """Run the eager fallbacks instead of the Triton kernels inside this block (this thread), e.g.
+    to bisect a numerical difference, or to keep the interpreter out of CPU runs that do not test
+    kernels. ``FASTUVIT_DISABLE_KERNELS=1`` does the same process-wide."""
+    previous = getattr(_state, "kernels_enabled", True)
+    _state.kernels_enabled = False
+    try:
+        yield
+    finally:
+        _state.kernels_enabled = previous
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when the Triton kernels should run for these tensors (all on one device)."""
-    if not triton_available():
+    if not kernels_enabled() or not triton_available():
         return False
     device_type = tensors[0].device.type
     if device_type == "cuda":
