@@ -87,3 +87,25 @@ def measure(benchmark, fn, *, group: str, impl: str, flops: float | None = None,
         if peaks:
             info["fraction_of_peak_gbps"] = info["gbps"] / peaks["gbps"]
     return median_ms
+
+
+def uvit_forward_flops(model, batch: int) -> float:
+    """Analytic forward FLOPs of a U-ViT (DESIGN.md §6): per token per block 2·(4 + 2·mlp_ratio)·D²
+    (qkv 6D², proj 2D², MLP 4·ratio·D²) + 4·L·D (attention), 4·D² per token for each long skip,
+    plus the patch embedding, the context embedding and the decoder."""
+    D, L, extras = model.embed_dim, model.pos_embed.shape[1], model.extras
+    blocks = [*model.in_blocks, model.mid_block, *model.out_blocks]
+    hidden = blocks[0].mlp.fc1.out_features
+    per_token = sum(2 * (3 * D * D + D * D + 2 * D * hidden) + 4 * L * D for _ in blocks)
+    per_token += sum(4 * D * D for b in blocks if b.skip_linear is not None)
+    per_token += 2 * D * model.patch_dim  # decoder_pred on every token
+    flops = per_token * L + 2 * model.patch_dim * D * (L - extras)  # + patch embedding of N patches
+    if hasattr(model, "context_embed"):
+        flops += 2 * model.context_embed.in_features * D * (extras - 1)
+    return float(flops * batch)
+
+
+def uvit_training_flops(model, batch: int) -> float:
+    """Forward + backward (2x forward), + one more forward when blocks are checkpointed."""
+    recompute = 1 if model.mid_block.use_checkpoint else 0
+    return (3 + recompute) * uvit_forward_flops(model, batch)

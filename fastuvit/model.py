@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import ops, reference
+from .profiling import ranged
 from .reference import timestep_embedding, unpatchify
 
 
@@ -49,9 +50,9 @@ class Block(reference.Block):
 
     def _forward(self, x, skip=None):
         if self.skip_linear is not None:
-            x = ops.skip_linear(x, skip, self.skip_linear.weight, self.skip_linear.bias)
-        x = x + self.attn(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
+            x = ranged("skip", ops.skip_linear, x, skip, self.skip_linear.weight, self.skip_linear.bias)
+        x = x + ranged("attention", self.attn, self.norm1(x))
+        x = x + ranged("mlp", self.mlp, self.norm2(x))
         return x
 
 
@@ -89,14 +90,17 @@ class _FusedUViT(reference._UViTBase):
         time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim)).unsqueeze(1)  # B 1 D
         prefix = [t for t in (prefix_before_time, time_token, prefix_after_time) if t is not None]
         prefix = prefix[0] if len(prefix) == 1 else torch.cat(prefix, dim=1)  # B extras D
-        x = self.patch_embed(x, self.pos_embed, prefix)  # B extras+N D
+        x = ranged("embed", self.patch_embed, x, self.pos_embed, prefix)  # B extras+N D
         skips = []
-        for blk in self.in_blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.in_blocks):
+            x = ranged(f"in_blocks.{i}", blk, x)
             skips.append(x)
-        x = self.mid_block(x)
-        for blk in self.out_blocks:
-            x = blk(x, skips.pop())
+        x = ranged("mid_block", self.mid_block, x)
+        for i, blk in enumerate(self.out_blocks):
+            x = ranged(f"out_blocks.{i}", blk, x, skips.pop())
+        return ranged("decoder", self._decode, x)  # B C H W
+
+    def _decode(self, x):
         x = self.decoder_pred(self.norm(x))[:, self.extras:]  # B N p·p·C
         return self.final_layer(unpatchify(x, self.in_chans))  # B C H W
 

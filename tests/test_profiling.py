@@ -1,0 +1,35 @@
+"""The model's profiling ranges: present in a profiler trace when on, absent when off."""
+import torch
+
+import fastuvit
+from fastuvit import profiling
+from model_cases import CASES, make_inputs
+
+
+def _range_names(model, x, t, y):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.no_grad(), fastuvit.ops.eager_fallback():
+            model(x, t, y)
+    return {e.name for e in prof.events()}
+
+
+def test_ranges_mark_blocks_and_ops_when_on():
+    kwargs = CASES["class_cond"][1]
+    model = fastuvit.UViT(**kwargs)
+    x, t, y = make_inputs("uvit", kwargs)
+    profiling.enable_ranges(True)
+    try:
+        names = _range_names(model, x, t, y)
+    finally:
+        profiling.enable_ranges(False)
+    expected = {"embed", "in_blocks.0", "in_blocks.1", "mid_block", "out_blocks.0", "out_blocks.1",
+                "skip", "attention", "mlp", "decoder"}
+    assert expected <= names, expected - names
+
+
+def test_ranges_are_absent_when_off():
+    kwargs = CASES["class_cond"][1]
+    model = fastuvit.UViT(**kwargs)
+    assert not profiling.ranges_enabled()
+    names = _range_names(model, *make_inputs("uvit", kwargs))
+    assert not ({"embed", "mid_block", "decoder"} & names)
