@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fastuvit
-from harness import DEVICE, ON_GPU, measure, uvit_training_flops
+from benchmarks.harness import DEVICE, ON_GPU, measure, uvit_training_flops
 
 IMPLS = ("official_eager", "sdpa_eager", "reference_compile", "fastuvit_eager", "fastuvit_compile")
 

@@ -33,3 +33,19 @@ def test_ranges_are_absent_when_off():
     assert not profiling.ranges_enabled()
     names = _range_names(model, *make_inputs("uvit", kwargs))
     assert not ({"embed", "mid_block", "decoder"} & names)
+
+
+def test_profile_script_runs(tmp_path):
+    """benchmarks/profile.py, run as a script (its name must not shadow the stdlib's profile)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTUVIT_DISABLE_KERNELS="1")
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "profile.py"), "imagenet256_uvit_huge", "--tiny",
+         "--batch", "1", "--steps", "1", "--warmup", "1", "--nvtx", "--compile"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ms/step" in result.stdout
