@@ -66,7 +66,9 @@ def measure(benchmark, fn, *, group: str, impl: str, flops: float | None = None,
             fn()
             torch.cuda.synchronize()
 
-        benchmark.pedantic(synced, rounds=20, iterations=1, warmup_rounds=2)
+        # Enough rounds for stable statistics, without spending minutes on a multi-second function.
+        rounds = max(3, min(20, int(2000 / max(median_ms, 1e-3))))
+        benchmark.pedantic(synced, rounds=rounds, iterations=1, warmup_rounds=1)
     else:
         benchmark.pedantic(fn, rounds=cpu_rounds, iterations=1, warmup_rounds=1)
         median_ms = benchmark.stats.stats.median * 1e3

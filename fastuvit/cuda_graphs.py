@@ -38,6 +38,11 @@ class GraphedNetwork:
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.static_output = self._run()
 
+    def __getattr__(self, name):  # model attributes (num_classes, extras...) read through
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
     def _run(self):
         x, t, cond = self.static_inputs
         return self.model(x, t) if cond is None else self.model(x, t, cond)
