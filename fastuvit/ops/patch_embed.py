@@ -5,13 +5,28 @@ tokens, and ``pos_embed``, as one op (DESIGN.md §2):
 
 ``patch_embed_reference`` is that eager chain: the ground truth the fused kernel is tested against
 and the fallback where the kernel does not run.
+
+Layers: the functional ``patch_embed`` checks the arguments and applies autocast, then calls the
+custom op ``fastuvit::patch_embed`` (fake implementation + registered autograd; its backward is the
+custom ops ``fastuvit::patch_embed_bwd_dx`` and ``fastuvit::patch_embed_bwd_params``, so
+``torch.compile`` traces forward and backward without a graph break). Each op's implementation
+picks, at run time, the Triton kernels of ``fastuvit.kernels.patch_embed`` where
+``use_triton(x)`` holds, else the eager computation (``F.conv2d`` / ``aten.convolution_backward``).
+
+Dtypes follow the eager chain: x, weight and bias share one dtype (the conv's); prefix and
+pos_embed may be wider and the output has the promoted dtype. Under ``torch.autocast`` the conv
+runs in the autocast dtype and the cat/add promote, so with the model's fp32 prefix and pos_embed
+the output is fp32, as in eager.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_same_device, check_tensor
+from ._checks import check_same_device, check_same_dtype, check_tensor
+from ._dispatch import use_triton
 
 
 def patch_embed_reference(x, weight, bias=None, pos_embed=None, prefix=None):
@@ -53,7 +68,133 @@ def check_patch_embed_args(x, weight, bias, pos_embed, prefix) -> None:
     check_same_device(x=x, weight=weight, bias=bias, pos_embed=pos_embed, prefix=prefix)
 
 
+def _output_dtype(x, pos_embed, prefix) -> torch.dtype:
+    """The eager chain's: the conv's dtype promoted by the cat with prefix and the add of pos_embed."""
+    dtype = x.dtype
+    for t in (prefix, pos_embed):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _num_patches(x, weight) -> int:
+    p = weight.shape[-1]
+    return (x.shape[-2] // p) * (x.shape[-1] // p)
+
+
+def _like(t: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides ``torch.empty_like(template)`` has (what the fake implementations
+    promise)."""
+    out = torch.empty_like(template, dtype=t.dtype)
+    return t if out.stride() == t.stride() else out.copy_(t)
+
+
+def _conv_grad(grad, x, weight):
+    """The conv output's gradient (B, D, H/p, W/p) in the conv's dtype, as the eager autograd
+    passes it on (for the eager fallback)."""
+    B, _, H, W = x.shape
+    p = weight.shape[-1]
+    patches = grad[:, grad.shape[1] - _num_patches(x, weight):]  # B N D
+    return patches.to(x.dtype).transpose(1, 2).reshape(B, weight.shape[0], H // p, W // p)
+
+
+def _conv_backward(grad, x, weight, need_x: bool, need_weight: bool):
+    p = weight.shape[-1]
+    return torch.ops.aten.convolution_backward(_conv_grad(grad, x, weight), x, weight, None, [p, p], [0, 0],
+                                               [1, 1], False, [0, 0], 1, [need_x, need_weight, False])
+
+
+@torch.library.custom_op("fastuvit::patch_embed", mutates_args=())
+def _patch_embed_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    pos_embed: Optional[torch.Tensor], prefix: Optional[torch.Tensor]) -> torch.Tensor:
+    if use_triton(x):
+        from ..kernels.patch_embed import patch_embed_fwd
+
+        return patch_embed_fwd(x, weight, bias, pos_embed, prefix, _output_dtype(x, pos_embed, prefix))
+    return patch_embed_reference(x, weight, bias, pos_embed, prefix).contiguous()
+
+
+@_patch_embed_op.register_fake
+def _(x, weight, bias, pos_embed, prefix):
+    E = prefix.shape[1] if prefix is not None else 0
+    return x.new_empty((x.shape[0], E + _num_patches(x, weight), weight.shape[0]),
+                       dtype=_output_dtype(x, pos_embed, prefix))
+
+
+@torch.library.custom_op("fastuvit::patch_embed_bwd_dx", mutates_args=())
+def _patch_embed_bwd_dx_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dx from grad_out (B, E + N, D); x is read for its shape, dtype and layout only."""
+    if use_triton(grad):
+        from ..kernels.patch_embed import patch_embed_bwd_dx
+
+        return patch_embed_bwd_dx(grad, x, weight)
+    return _like(_conv_backward(grad, x, weight, True, False)[0], x)
+
+
+@_patch_embed_bwd_dx_op.register_fake
+def _(grad, x, weight):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastuvit::patch_embed_bwd_params", mutates_args=())
+def _patch_embed_bwd_params_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                               need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight, contiguous, in weight's dtype; colsum): colsum (E + N, D) fp32 is grad_out summed
+    over the batch (empty when not ``need_colsum``): dpos_embed = colsum, dbias = colsum[E:].sum(0)."""
+    if use_triton(grad):
+        from ..kernels.patch_embed import patch_embed_bwd_params
+
+        dweight, colsum = patch_embed_bwd_params(grad, x, weight, need_colsum)
+    else:
+        dweight = _conv_backward(grad, x, weight, False, True)[1].contiguous()
+        colsum = grad.sum(0, dtype=torch.float32) if need_colsum else None
+    return dweight, colsum if colsum is not None else grad.new_empty((0,), dtype=torch.float32)
+
+
+@_patch_embed_bwd_params_op.register_fake
+def _(grad, x, weight, need_colsum):
+    colsum_shape = tuple(grad.shape[1:]) if need_colsum else (0,)
+    return weight.new_empty(weight.shape), grad.new_empty(colsum_shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, pos_embed, prefix = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.pos_meta = (pos_embed.shape, pos_embed.dtype) if pos_embed is not None else None
+    ctx.prefix_meta = (prefix.shape[1], prefix.dtype) if prefix is not None else (0, None)
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_weight, need_bias, need_pos, need_prefix = ctx.needs_input_grad
+    E, prefix_dtype = ctx.prefix_meta
+    dx = dweight = dbias = dpos = dprefix = None
+    if need_x:
+        dx = torch.ops.fastuvit.patch_embed_bwd_dx(grad, x, weight)
+    if need_weight or need_bias or need_pos:
+        dweight, colsum = torch.ops.fastuvit.patch_embed_bwd_params(grad, x, weight, need_bias or need_pos)
+        dweight = dweight if need_weight else None
+        if need_bias:
+            dbias = colsum[E:].sum(0).to(ctx.bias_dtype)
+        if need_pos:
+            dpos = colsum.to(ctx.pos_meta[1]).reshape(ctx.pos_meta[0])
+    if need_prefix:
+        dprefix = grad[:, :E].to(prefix_dtype)
+    return dx, dweight, dbias, dpos, dprefix
+
+
+_patch_embed_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def patch_embed(x, weight, bias=None, pos_embed=None, prefix=None):
-    """(B, C, H, W) image -> (B, E + N, D) tokens; weight in the Conv2d layout (D, C, p, p)."""
+    """(B, C, H, W) image -> (B, E + N, D) tokens; weight in the Conv2d layout (D, C, p, p), bias (D,),
+    pos_embed (1, E + N, D) or (E + N, D), prefix (B, E, D); each optional but x and weight."""
     check_patch_embed_args(x, weight, bias, pos_embed, prefix)
-    return patch_embed_reference(x, weight, bias, pos_embed, prefix)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):  # the eager chain's conv runs in the autocast dtype
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    check_same_dtype(x=x, weight=weight, bias=bias)  # the eager conv would fail on a mismatch too
+    return torch.ops.fastuvit.patch_embed(x, weight, bias, pos_embed, prefix)
