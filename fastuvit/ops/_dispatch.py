@@ -9,7 +9,6 @@ Nothing here imports Triton at module load: ``import fastuvit`` works without it
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 import threading
@@ -19,9 +18,19 @@ import torch
 _state = threading.local()
 
 
-@functools.lru_cache(maxsize=None)
+_triton_available: bool | None = None
+
+
 def triton_available() -> bool:
-    """Triton is importable (a CPU-only torch may come without it)."""
+    """Triton is importable (a CPU-only torch may come without it). Cached in a plain global, not
+    ``functools.lru_cache``, which dynamo warns about when it traces a caller."""
+    global _triton_available
+    if _triton_available is None:
+        _triton_available = _import_triton()
+    return _triton_available
+
+
+def _import_triton() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     try:
@@ -45,7 +54,9 @@ def kernels_enabled() -> bool:
 def eager_fallback():
     """Run the eager fallbacks instead of the Triton kernels inside this block (this thread), e.g.
     to bisect a numerical difference, or to keep the interpreter out of CPU runs that do not test
-    kernels. ``FASTUVIT_DISABLE_KERNELS=1`` does the same process-wide."""
+    kernels. ``FASTUVIT_DISABLE_KERNELS=1`` does the same process-wide. The fused ops read it when
+    they run; a ``torch.compile``-d function that already traced attention with ``backend="auto"``
+    keeps the backend it traced (recompile, or pass a backend, to change it)."""
     previous = getattr(_state, "kernels_enabled", True)
     _state.kernels_enabled = False
     try:
