@@ -76,15 +76,32 @@ class _FusedUViT(reference._UViTBase):
                 module.attention_backend = backend
 
     def _check_image(self, x, timesteps):
+        """Shapes, dtypes and devices only: nothing here reads tensor values on the device."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[2] != self.img_size or x.shape[3] != self.img_size:
             raise ValueError(f"x must be (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
                              f"got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch (B = 0)")
+        param = self.pos_embed
+        if x.device != param.device:
+            raise ValueError(f"x is on {x.device} but the model is on {param.device}")
+        if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {param.dtype} "
+                            f"(convert one, or run under torch.autocast)")
         if not isinstance(timesteps, torch.Tensor):
             raise TypeError(f"timesteps must be a torch.Tensor of shape (B,), got {type(timesteps).__name__}")
         if timesteps.shape != (x.shape[0],):
             raise ValueError(f"timesteps must have shape (B,) = ({x.shape[0]},), got {tuple(timesteps.shape)}")
+        if timesteps.is_complex() or timesteps.dtype == torch.bool:
+            raise TypeError(f"timesteps must be real numbers, got dtype {timesteps.dtype}")
+        if timesteps.device != x.device:
+            raise ValueError(f"timesteps is on {timesteps.device} but x is on {x.device}")
+
+    def _check_condition(self, name, cond, x):
+        if cond.device != x.device:
+            raise ValueError(f"{name} is on {cond.device} but x is on {x.device}")
 
     def _run(self, x, timesteps, prefix_after_time=None, prefix_before_time=None):
         time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim)).unsqueeze(1)  # B 1 D
@@ -130,6 +147,16 @@ class UViT(_FusedUViT):
             if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
                 raise ValueError(f"y must be a tensor of shape (B,) = ({x.shape[0]},), got "
                                  f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+            self._check_condition("y", y, x)
+            if y.device.type == "cpu" and not torch.compiler.is_compiling():
+                # Free on CPU; on CUDA it would cost a host sync (an out-of-range label there trips
+                # the embedding's device-side assert instead).
+                low, high = int(y.min()), int(y.max())
+                if low < 0 or high >= self.num_classes:
+                    raise ValueError(f"y must be class labels in [0, {self.num_classes - 1}], "
+                                     f"got values in [{low}, {high}]")
             return self._run(x, timesteps, prefix_before_time=self.label_emb(y).unsqueeze(1))  # [label, time]
         if y is not None:
             raise ValueError("y was given but the model is unconditional (num_classes <= 0)")
@@ -156,4 +183,5 @@ class UViTT2I(_FusedUViT):
         if not isinstance(context, torch.Tensor) or context.shape != expected:
             raise ValueError(f"context must be a tensor of shape (B, num_clip_token, clip_dim) = {expected}, got "
                              f"{tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__}")
+        self._check_condition("context", context, x)
         return self._run(x, timesteps, prefix_after_time=self.context_embed(context))  # [time, context]

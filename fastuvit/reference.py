@@ -90,6 +90,22 @@ def init_uvit_weights(model: nn.Module) -> None:
     model.apply(init)
 
 
+def check_uvit_args(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio) -> None:
+    """Constructor arguments the official code would take and then fail on (or silently misuse)."""
+    for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
+                        ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if img_size % patch_size:
+        raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or int(embed_dim * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+
+
 def warn_if_qk_scale_ignored(qk_scale, apply_qk_scale: bool) -> None:
     if qk_scale is not None and not apply_qk_scale:
         warnings.warn(
@@ -188,6 +204,8 @@ class _UViTBase(nn.Module):
     def _build(self, img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
                qk_scale, norm_layer, mlp_time_embed, use_checkpoint, conv, skip, make_condition,
                **attention_kwargs):
+        check_uvit_args(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                        depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
         warn_if_qk_scale_ignored(qk_scale, attention_kwargs.get("apply_qk_scale", False))
         self.img_size, self.patch_size = img_size, patch_size
         self.num_features = self.embed_dim = embed_dim
