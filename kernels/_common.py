@@ -28,16 +28,36 @@ class _FixedConfig:
         return launch
 
 
-def autotune(configs, key, interpret_config: triton.Config | None = None, **autotune_kwargs):
-    """``triton.autotune`` on a GPU; under the interpreter, run ``interpret_config`` (default: the
-    first config) only. Keep the interpreter config small: the interpreter is slow."""
+def autotune_enabled() -> bool:
+    """``FASTUVIT_AUTOTUNE=0``: take the first config that survives pruning instead of benchmarking
+    them all (fast start-up, e.g. for test suites). Read whenever a new key is tuned."""
+    return os.environ.get("FASTUVIT_AUTOTUNE", "1") != "0"
+
+
+def with_autotune_setting(prune=None):
+    """An ``early_config_prune`` that applies ``prune`` and then ``FASTUVIT_AUTOTUNE``."""
+
+    def early_config_prune(configs, named_args, **kwargs):
+        kept = prune(configs, named_args, **kwargs) if prune else list(configs)
+        return kept if autotune_enabled() else kept[:1]
+
+    return early_config_prune
+
+
+def autotune(configs, key, interpret_config: triton.Config | None = None, prune_configs_by=None,
+             **autotune_kwargs):
+    """``triton.autotune`` on a GPU (``prune_configs_by`` as there, plus ``FASTUVIT_AUTOTUNE=0``);
+    under the interpreter, run ``interpret_config`` (default: the first config) only. Keep the
+    interpreter config small: the interpreter is slow."""
     if not configs:
         raise ValueError("configs must not be empty")
 
     def decorator(fn):
         if INTERPRET:
             return _FixedConfig(fn, interpret_config or configs[0])
-        return triton.autotune(configs=configs, key=key, **autotune_kwargs)(fn)
+        prune = dict(prune_configs_by or {})
+        prune["early_config_prune"] = with_autotune_setting(prune.get("early_config_prune"))
+        return triton.autotune(configs=configs, key=key, prune_configs_by=prune, **autotune_kwargs)(fn)
 
     return decorator
 

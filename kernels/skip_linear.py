@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
@@ -96,8 +95,8 @@ def _max_shared_memory(device_index: int) -> int:
 def prune_gemm_configs(configs, named_args, smem_limit=None, **kwargs):
     """Clamp each tile to the problem (no tile wider than the next power of two of its dim: the
     extra lanes would be all masked), then drop duplicates and configs whose pipelined A and B tiles
-    do not fit in shared memory. Always returns at least one config; only the first survivor when
-    ``FASTUVIT_AUTOTUNE=0`` (no benchmarking: fast start-up, e.g. for test suites)."""
+    do not fit in shared memory. Always returns at least one config (``_common.autotune`` keeps only
+    the first under ``FASTUVIT_AUTOTUNE=0``)."""
     m, n, k = (max(MIN_TILE, next_power_of_2(named_args[d])) for d in ("M_BUCKET", "N", "K"))
     elem = named_args["w_ptr"].element_size()
     if smem_limit is None:
@@ -114,7 +113,7 @@ def prune_gemm_configs(configs, named_args, smem_limit=None, **kwargs):
         kept.append(_cfg(bm, bn, bk, c.num_stages, c.num_warps, c.kwargs["GROUP_M"]))
     if not kept:  # the smallest tile with two stages fits anything a GPU has
         kept = [_cfg(min(64, m), min(64, n), min(32, k), 2, 4)]
-    return kept[:1] if os.environ.get("FASTUVIT_AUTOTUNE", "1") == "0" else kept
+    return kept
 
 
 def _even_k(args):

@@ -17,6 +17,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import fastuvit
+from fastuvit.kernels._common import with_autotune_setting
 from fastuvit.ops import skip_linear, skip_linear_reference, use_triton
 from numerics import assert_policy
 
@@ -226,8 +227,9 @@ def test_prune_filter(monkeypatch):
         assert (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) == (16, 32, 16)
     assert len({(c.num_stages, c.num_warps) for c in tiny}) == len(tiny)
     assert kernels.prune_gemm_configs(kernels.HOPPER_GEMM_CONFIGS, big, smem_limit=1)  # never empty
-    monkeypatch.setenv("FASTUVIT_AUTOTUNE", "0")
-    (first,) = kernels.prune_gemm_configs(kernels.HOPPER_GEMM_CONFIGS, big, smem_limit=232448)
+    monkeypatch.setenv("FASTUVIT_AUTOTUNE", "0")  # applied by kernels/_common.autotune around the filter
+    prune = with_autotune_setting(lambda configs, args: kernels.prune_gemm_configs(configs, args, smem_limit=232448))
+    (first,) = prune(kernels.HOPPER_GEMM_CONFIGS, big)
     assert (first.kwargs, first.num_stages, first.num_warps) == (kept[0].kwargs, kept[0].num_stages, kept[0].num_warps)
 
 
