@@ -60,14 +60,7 @@ def main(argv=None):
     profiling.enable_ranges(args.nvtx)
 
     batch = args.batch * (2 if args.mode == "sample" else 1)  # guidance doubles the batch
-    x = torch.randn(batch, model.in_chans, model.img_size, model.img_size, device=device)
-    t = torch.rand(batch, device=device) * 999
-    if hasattr(model, "context_embed"):
-        cond = torch.randn(batch, model.extras - 1, model.context_embed.in_features, device=device)
-    elif model.num_classes > 0:
-        cond = torch.randint(0, model.num_classes, (batch,), device=device)
-    else:
-        cond = None
+    x, t, cond = fastuvit.example_inputs(model, batch, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4) if args.mode == "train" else None
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
 

@@ -10,12 +10,12 @@ Importing fastuvit needs neither Triton nor a GPU.
 from . import ops, reference
 from .checkpoint import load_checkpoint, load_model, load_state_dict_file, save_state_dict
 from .configs import CONFIGS, create_model, model_config
-from .model import UViT, UViTT2I
+from .model import UViT, UViTT2I, example_inputs
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "UViT", "UViTT2I", "create_model", "model_config", "CONFIGS",
+    "UViT", "UViTT2I", "example_inputs", "create_model", "model_config", "CONFIGS",
     "load_checkpoint", "load_model", "load_state_dict_file", "save_state_dict",
     "ops", "reference", "__version__",
 ]

@@ -185,3 +185,19 @@ class UViTT2I(_FusedUViT):
                              f"{tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__}")
         self._check_condition("context", context, x)
         return self._run(x, timesteps, prefix_after_time=self.context_embed(context))  # [time, context]
+
+
+def example_inputs(model, batch: int, device=None, generator: torch.Generator | None = None):
+    """Random inputs for ``model`` (fastuvit or reference, either variant): (x, timesteps, cond), cond
+    being labels, a context or None. For smoke runs, benchmarks and profiling."""
+    device = device or model.pos_embed.device
+    kw = dict(generator=generator)
+    x = torch.randn(batch, model.in_chans, model.img_size, model.img_size, **kw).to(device)
+    timesteps = (torch.rand(batch, **kw) * 999).to(device)
+    if hasattr(model, "context_embed"):
+        cond = torch.randn(batch, model.extras - 1, model.context_embed.in_features, **kw).to(device)
+    elif model.num_classes > 0:
+        cond = torch.randint(0, model.num_classes, (batch,), **kw).to(device)
+    else:
+        cond = None
+    return x, timesteps, cond

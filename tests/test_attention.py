@@ -8,7 +8,6 @@ strides, batch 1 and B·H > 1. On CUDA the full cross product runs (fp16 and bf1
 too. Also: log-sum-exp, backend selection and its errors, the eager fallback, autocast,
 torch.compile (one frame), determinism, the autotune prune filter and bad inputs.
 """
-import collections
 import importlib
 
 import pytest
@@ -21,9 +20,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import fastuvit
 from fastuvit.ops import attention, attention_backends, attention_reference, eager_fallback, use_triton
 from fastuvit.ops.attention import BACKENDS, auto_order, select_backend
+from launch_spy import spy_on_launchers
 from numerics import assert_policy, forward_and_grads
 
-kernels = pytest.importorskip("fastuvit.kernels.attention")
+import fastuvit.kernels.attention as kernels  # noqa: E402  (a broken kernel module must fail, not skip)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = (1, 2, 17, 64, 257, 258, 334)
 HEAD_DIMS = (16, 64, 72, 80, 128)
@@ -33,14 +33,7 @@ CPU_DTYPES = (torch.float32, torch.float16)  # bf16 dots are wrong in the interp
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Triton launcher calls (so no test passes through a fallback by accident)."""
-    calls = collections.Counter()
-    for name in ("attention_fwd", "attention_bwd"):
-        def spy(*args, _fn=getattr(kernels, name), _name=name, **kwargs):
-            calls[_name] += 1
-            return _fn(*args, **kwargs)
-
-        monkeypatch.setattr(kernels, name, spy)
-    return calls
+    return spy_on_launchers(monkeypatch, kernels, ("attention_fwd", "attention_bwd"))
 
 
 def views(qkv, layout):

@@ -8,7 +8,8 @@ import torch
 
 import fastuvit.ops as ops
 from fastuvit.ops import patch_embed, patch_embed_reference
-from tests.numerics import assert_policy, policy_bound
+from launch_spy import spy_on_launchers
+from numerics import assert_policy, policy_bound
 
 LAUNCHERS = ("patch_embed_fwd", "patch_embed_bwd_dx", "patch_embed_bwd_params")
 
@@ -18,11 +19,7 @@ def launches(monkeypatch):
     """Counts the Triton launcher calls, so a test cannot pass through the eager fallback."""
     import fastuvit.kernels.patch_embed as kernels
 
-    calls = []
-    for name in LAUNCHERS:
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
-    return calls
+    return spy_on_launchers(monkeypatch, kernels, LAUNCHERS)
 
 
 @pytest.fixture
@@ -175,7 +172,7 @@ def test_eager_fallback_path(launches):
         assert not ops.use_triton(inputs[0])
         out, grads, g = forward_and_grads(patch_embed, inputs)
     ref, ref_grads, _ = forward_and_grads(patch_embed_reference, inputs, g)
-    assert launches == []
+    assert not launches
     torch.testing.assert_close(out, ref)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)

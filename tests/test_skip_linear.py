@@ -5,7 +5,6 @@ reference; on CPU the Triton kernels run in the interpreter (fp32, fp16) and the
 fixture checks they really ran; on CUDA bf16 too. Also: strided inputs, the eager fallback,
 autocast, torch.compile (one frame), determinism, the autotune prune filter and bad inputs.
 """
-import collections
 import json
 import math
 import os
@@ -19,9 +18,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import fastuvit
 from fastuvit.kernels._common import with_autotune_setting
 from fastuvit.ops import skip_linear, skip_linear_reference, use_triton
+from launch_spy import spy_on_launchers
 from numerics import assert_policy
 
-kernels = pytest.importorskip("fastuvit.kernels.skip_linear")
+import fastuvit.kernels.skip_linear as kernels  # noqa: E402  (a broken kernel module must fail, not skip)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("x", "skip", "weight", "bias")
 
@@ -38,14 +38,7 @@ def _no_autotuning():
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the Triton launcher calls (so no test passes through the fallback by accident)."""
-    calls = collections.Counter()
-    for name in ("skip_linear_fwd", "skip_linear_bwd_input"):
-        def spy(*args, _fn=getattr(kernels, name), _name=name, **kwargs):
-            calls[_name] += 1
-            return _fn(*args, **kwargs)
-
-        monkeypatch.setattr(kernels, name, spy)
-    return calls
+    return spy_on_launchers(monkeypatch, kernels, ("skip_linear_fwd", "skip_linear_bwd_input"))
 
 
 def make_leaves(lead, D, N, bias=True, device=DEVICE):
