@@ -11,6 +11,7 @@ from . import ops, reference
 from .checkpoint import load_checkpoint, load_model, load_state_dict_file, save_state_dict
 from .configs import CONFIGS, create_model, model_config
 from .model import UViT, UViTT2I, example_inputs
+from . import data, distributed, sampling, training  # the pipeline: fastuvit.sampling.sample, training.Trainer
 
 __version__ = "0.1.0"
 
@@ -19,3 +20,4 @@ __all__ = [
     "load_checkpoint", "load_model", "load_state_dict_file", "save_state_dict",
     "ops", "reference", "__version__",
 ]
+__all__ += ["data", "distributed", "sampling", "training"]
