@@ -7,17 +7,15 @@
 ``fastuvit.reference`` is the eager ground truth; ``fastuvit.ops`` the functional fused ops.
 Importing fastuvit needs neither Triton nor a GPU.
 """
-from . import ops, reference
+from . import data, distributed, ops, reference, sampling, training
 from .checkpoint import load_checkpoint, load_model, load_state_dict_file, save_state_dict
 from .configs import CONFIGS, create_model, model_config
 from .model import UViT, UViTT2I, example_inputs
-from . import data, distributed, sampling, training  # the pipeline: fastuvit.sampling.sample, training.Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "UViT", "UViTT2I", "example_inputs", "create_model", "model_config", "CONFIGS",
     "load_checkpoint", "load_model", "load_state_dict_file", "save_state_dict",
-    "ops", "reference", "__version__",
+    "ops", "reference", "data", "distributed", "sampling", "training", "__version__",
 ]
-__all__ += ["data", "distributed", "sampling", "training"]
