@@ -84,7 +84,7 @@ def test_skip_linear(benchmark, name, batch, L, D, pass_, impl):
     if pass_ == "bwd_input":
         if impl == "fused":
             def fn():
-                return torch.ops.fastuvit.skip_linear_bwd_input(grad, weight)
+                return torch.ops.fastuvit.skip_linear_bwd_input(grad, weight, True)
         else:
             def fn():
                 return grad @ weight[:, :D], grad @ weight[:, D:]

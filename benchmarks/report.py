@@ -55,6 +55,13 @@ def speedups(group_rows):
     return best, {r["impl"]: r["median_ms"] / best["median_ms"] for r in group_rows if not is_candidate(r["impl"])}
 
 
+def _impl_label(row, best_candidate, fastest) -> str:
+    """The implementation, marked when it is the fastest of its group and when it is the fastuvit
+    candidate the speedups are computed for (both, when fastuvit wins)."""
+    marks = [m for m, on in (("fastest", row is fastest), ("fastuvit", row is best_candidate)) if on]
+    return row["impl"] + (f" **({', '.join(marks)})**" if marks else "")
+
+
 def markdown(rows, meta) -> str:
     groups = defaultdict(list)
     for r in rows:
@@ -81,7 +88,7 @@ def markdown(rows, meta) -> str:
             pct_f = r.get("fraction_of_peak_tflops")
             pct_b = r.get("fraction_of_peak_gbps")
             lines.append(
-                f"| {r['impl']}{' **(best)**' if best is r else ''} | {r['median_ms']:.4f} | {_fmt(r.get('tflops'), '.1f')} "
+                f"| {_impl_label(r, best, group_rows[0])} | {r['median_ms']:.4f} | {_fmt(r.get('tflops'), '.1f')} "
                 f"| {_fmt(pct_f and 100 * pct_f, '.1f')} | {_fmt(r.get('gbps'), '.0f')} | {_fmt(pct_b and 100 * pct_b, '.1f')} "
                 f"| {_fmt(mem and mem / 2**20, '.0f')} | {_fmt(ratio.get(r['impl']), '.2f')}{'x' if r['impl'] in ratio else ''} |")
         lines.append("")

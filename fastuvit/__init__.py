@@ -7,6 +7,9 @@
 ``fastuvit.reference`` is the eager ground truth; ``fastuvit.ops`` the functional fused ops.
 Importing fastuvit needs neither Triton nor a GPU.
 """
+from . import _source_tree
+
+_source_tree.map_checkout_kernels()  # before anything imports fastuvit.kernels
 from . import data, distributed, ops, reference, sampling, training
 from .checkpoint import load_checkpoint, load_model, load_state_dict_file, save_state_dict
 from .configs import CONFIGS, create_model, model_config

@@ -22,7 +22,21 @@ import torch.nn as nn
 
 from . import ops, reference
 from .profiling import ranged
-from .reference import timestep_embedding, unpatchify
+from .reference import timestep_embedding, timestep_frequencies, unpatchify
+
+_TIME_FREQUENCIES: dict = {}
+
+
+def _time_frequencies(dim: int, device: torch.device) -> torch.Tensor:
+    """The official time-embedding frequencies on ``device``, copied there once: the official
+    per-call host-to-device copy cannot be captured in a CUDA graph. (Under torch.compile the
+    table is traced as a constant instead of being cached.)"""
+    if torch.compiler.is_compiling():
+        return timestep_frequencies(dim).to(device)
+    key = (dim, device)
+    if key not in _TIME_FREQUENCIES:
+        _TIME_FREQUENCIES[key] = timestep_frequencies(dim).to(device)
+    return _TIME_FREQUENCIES[key]
 
 
 class Attention(nn.Module):
@@ -104,7 +118,8 @@ class _FusedUViT(reference._UViTBase):
             raise ValueError(f"{name} is on {cond.device} but x is on {x.device}")
 
     def _run(self, x, timesteps, prefix_after_time=None, prefix_before_time=None):
-        time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim)).unsqueeze(1)  # B 1 D
+        freqs = _time_frequencies(self.embed_dim, timesteps.device)
+        time_token = self.time_embed(timestep_embedding(timesteps, self.embed_dim, freqs=freqs)).unsqueeze(1)  # B 1 D
         prefix = [t for t in (prefix_before_time, time_token, prefix_after_time) if t is not None]
         prefix = prefix[0] if len(prefix) == 1 else torch.cat(prefix, dim=1)  # B extras D
         x = ranged("embed", self.patch_embed, x, self.pos_embed, prefix)  # B extras+N D

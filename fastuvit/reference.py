@@ -27,12 +27,20 @@ import torch.utils.checkpoint
 ATTENTION_MODES = ("official", "sdpa", "math")
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps: (B,) -> (B, dim), fp32."""
+def timestep_frequencies(dim: int, max_period: int = 10000) -> torch.Tensor:
+    """The (dim // 2,) fp32 frequencies of the time embedding, computed on the CPU as the official
+    code computes them (the same bits whatever device the model runs on)."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half
-    ).to(device=timesteps.device)
+    return torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000,
+                       freqs: torch.Tensor | None = None) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps: (B,) -> (B, dim), fp32. ``freqs``:
+    ``timestep_frequencies(dim, max_period)`` already on the device (else made and copied per call,
+    as the official code does)."""
+    if freqs is None:
+        freqs = timestep_frequencies(dim, max_period).to(device=timesteps.device)
     args = timesteps[:, None].float() * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:

@@ -16,9 +16,14 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    """``cuda`` tests need a GPU; ``interpreter`` tests run the kernels on CPU tensors, which only
+    Triton's interpreter can do (on a GPU machine the ``cuda`` tests cover the same kernels)."""
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["cuda"] = pytest.mark.skip(reason="needs a CUDA device")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        skips["interpreter"] = pytest.mark.skip(reason="runs the kernels on CPU tensors: needs TRITON_INTERPRET=1")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip_cuda)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

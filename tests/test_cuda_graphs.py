@@ -44,7 +44,11 @@ def test_reduce_overhead_training_step_matches_eager():
     compiled = torch.compile(twin, mode="reduce-overhead", fullgraph=True)
     x, t, y = _cuda_inputs(variant, kwargs, batch=4)
     target = torch.randn_like(x)
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, twin)]
+    # SGD, not Adam: an update proportional to the gradient keeps the fp32 rounding differences of
+    # the two paths (inductor's fused kernels vs eager) proportional too. Adam's normalised update
+    # turns a rounding difference in a near-zero gradient into a full lr-sized step (2.5e-4 relative
+    # after 4 AdamW steps on an H100).
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (eager, twin)]
     for step in range(4):
         for model, opt in zip((eager, compiled), opts):
             torch.compiler.cudagraph_mark_step_begin()

@@ -253,3 +253,15 @@ def test_attention_backend_switch():
     assert rel_err(a, b) <= 1e-5
     with pytest.raises(ValueError, match="backend must be"):
         model.set_attention_backend("nope")
+
+
+def test_time_frequencies_copied_to_the_device_once_with_the_official_bits():
+    """The fused model reads the time-embedding frequencies from a per-device table: the official
+    per-call host-to-device copy broke CUDA-graph capture (found on an H100)."""
+    from fastuvit.model import _time_frequencies
+    from fastuvit.reference import timestep_frequencies
+
+    first = _time_frequencies(96, torch.device("cpu"))
+    assert _time_frequencies(96, torch.device("cpu")) is first
+    assert torch.equal(first, timestep_frequencies(96))
+

@@ -2,6 +2,7 @@
 through Triton's interpreter on the CPU (fp32, fp16) and on CUDA when present (bf16 too); autocast,
 mixed dtypes, strided inputs, torch.compile, the eager fallback, determinism and bad inputs."""
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -104,6 +105,7 @@ CPU_CASES = [
 ]
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("B,C,H,W,p,D,E,opts", CPU_CASES)
 def test_matches_eager_chain_cpu(B, C, H, W, p, D, E, opts, dtype, launches):
@@ -113,12 +115,14 @@ def test_matches_eager_chain_cpu(B, C, H, W, p, D, E, opts, dtype, launches):
     assert sorted(set(launches)) == sorted(LAUNCHERS)
 
 
+@pytest.mark.interpreter
 def test_huge_width_single_image(launches):
     """imagenet256_uvit_huge's D = 1152 and E = 2, on a 4×4 latent."""
     check_against_policy(make_inputs(1, 4, 4, 4, 2, 1152, 2), torch.float32)
     assert "patch_embed_fwd" in launches
 
 
+@pytest.mark.interpreter
 def test_mixed_dtypes_follow_eager_promotion(launches):
     """fp16 conv, fp32 prefix and pos_embed: the eager chain promotes to fp32, so does the op."""
     inputs = make_inputs(2, 4, 8, 8, 2, 48, 2, torch.float16, aux_dtype=torch.float32)
@@ -128,6 +132,7 @@ def test_mixed_dtypes_follow_eager_promotion(launches):
     assert launches
 
 
+@pytest.mark.interpreter
 def test_autocast_like_the_model(launches):
     """The model's call under autocast: fp32 everything, conv in the autocast dtype, fp32 output
     (as in eager), values and grads within the policy of the autocast dtype."""
@@ -151,6 +156,7 @@ def test_stride_zero_grad_and_partial_requires_grad(launches):
     assert "patch_embed_bwd_dx" not in launches  # x needs no grad
 
 
+@pytest.mark.interpreter
 def test_weight_grad_deterministic_and_split_invariant():
     """Same inputs -> bitwise-equal gradients; the batch split count only regroups fp32 sums."""
     from fastuvit.kernels.patch_embed import patch_embed_bwd_params
@@ -178,6 +184,19 @@ def test_eager_fallback_path(launches):
         torch.testing.assert_close(got, want)
 
 
+def test_eager_fallback_reaches_a_backward_in_another_thread(launches):
+    """The forward's decision carries to the backward, which CUDA's autograd runs in another thread
+    (where the thread-local switch is off)."""
+    inputs = [t.requires_grad_() for t in make_inputs(2, 3, 8, 8, 2, 40, 1)]
+    with ops.eager_fallback():
+        out = patch_embed(*inputs)
+    worker = threading.Thread(target=lambda: out.sum().backward())
+    worker.start()
+    worker.join()
+    assert not launches and all(t.grad is not None for t in inputs)
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("fallback", [False, True], ids=["kernels", "fallback"])
 def test_compile_fullgraph_one_frame(fallback, launches):
     from torch._dynamo.testing import CompileCounterWithBackend
@@ -208,8 +227,8 @@ def test_fake_tensor_shapes_and_dtypes():
         x, w, b, pos, pre = make_inputs(2, 4, 8, 8, 2, 48, 2, torch.float16, aux_dtype=torch.float32)
         out = torch.ops.fastuvit.patch_embed(x, w, b, pos, pre)
         assert out.shape == (2, 18, 48) and out.dtype == torch.float32
-        dx = torch.ops.fastuvit.patch_embed_bwd_dx(out, x, w)
-        dw, colsum = torch.ops.fastuvit.patch_embed_bwd_params(out, x, w, True)
+        dx = torch.ops.fastuvit.patch_embed_bwd_dx(out, x, w, True)
+        dw, colsum = torch.ops.fastuvit.patch_embed_bwd_params(out, x, w, True, True)
         assert dx.shape == x.shape and dw.shape == w.shape and colsum.shape == (18, 48)
 
 
@@ -219,11 +238,12 @@ def test_opcheck(fallback):
     of the three custom ops, with strided inputs, on the kernel and the fallback path."""
     x, w, b, pos, pre = make_inputs(2, 3, 4, 8, 2, 16, 1, layout="strided")
     grad = torch.randn(2, 9, 16)
+    kernels = not fallback
     with ops.eager_fallback() if fallback else contextlib.nullcontext():
         torch.library.opcheck(torch.ops.fastuvit.patch_embed.default, (x, w, b, pos, pre))
-        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_dx.default, (grad, x, w))
-        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_params.default, (grad, x, w, True))
-        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_params.default, (grad, x, w, False))
+        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_dx.default, (grad, x, w, kernels))
+        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_params.default, (grad, x, w, True, kernels))
+        torch.library.opcheck(torch.ops.fastuvit.patch_embed_bwd_params.default, (grad, x, w, False, kernels))
 
 
 @pytest.mark.parametrize("change, error, words", [

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -158,6 +159,19 @@ def test_eager_fallback(launches):
         assert not use_triton(*leaves[:3])
         assert_op_matches_policy(leaves, torch.float32)
     assert not launches
+
+
+def test_eager_fallback_reaches_a_backward_in_another_thread(launches):
+    """On CUDA autograd runs the backward in its own device thread, where the thread-local switch
+    is off: the forward's decision must carry over (found on an H100). Same situation on the CPU:
+    the backward run from another thread."""
+    leaves = [t.requires_grad_() for t in make_leaves((2, 17), 40, 24)]
+    with fastuvit.ops.eager_fallback():
+        out = skip_linear(*leaves)
+    worker = threading.Thread(target=lambda: out.sum().backward())
+    worker.start()
+    worker.join()
+    assert not launches and all(t.grad is not None for t in leaves)
 
 
 def test_autocast_matches_f_linear(launches):

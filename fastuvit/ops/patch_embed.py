@@ -122,9 +122,12 @@ def _(x, weight, bias, pos_embed, prefix):
 
 
 @torch.library.custom_op("fastuvit::patch_embed_bwd_dx", mutates_args=())
-def _patch_embed_bwd_dx_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """dx from grad_out (B, E + N, D); x is read for its shape, dtype and layout only."""
-    if use_triton(grad):
+def _patch_embed_bwd_dx_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                           use_kernels: bool) -> torch.Tensor:
+    """dx from grad_out (B, E + N, D); x is read for its shape, dtype and layout only.
+    ``use_kernels``: the forward's decision (the backward may run in another thread, where
+    ``eager_fallback`` is not in force)."""
+    if use_kernels:
         from ..kernels.patch_embed import patch_embed_bwd_dx
 
         return patch_embed_bwd_dx(grad, x, weight)
@@ -132,16 +135,16 @@ def _patch_embed_bwd_dx_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
 
 @_patch_embed_bwd_dx_op.register_fake
-def _(grad, x, weight):
+def _(grad, x, weight, use_kernels):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("fastuvit::patch_embed_bwd_params", mutates_args=())
 def _patch_embed_bwd_params_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                               need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                               need_colsum: bool, use_kernels: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dweight, contiguous, in weight's dtype; colsum): colsum (E + N, D) fp32 is grad_out summed
     over the batch (empty when not ``need_colsum``): dpos_embed = colsum, dbias = colsum[E:].sum(0)."""
-    if use_triton(grad):
+    if use_kernels:
         from ..kernels.patch_embed import patch_embed_bwd_params
 
         dweight, colsum = patch_embed_bwd_params(grad, x, weight, need_colsum)
@@ -152,7 +155,7 @@ def _patch_embed_bwd_params_op(grad: torch.Tensor, x: torch.Tensor, weight: torc
 
 
 @_patch_embed_bwd_params_op.register_fake
-def _(grad, x, weight, need_colsum):
+def _(grad, x, weight, need_colsum, use_kernels):
     colsum_shape = tuple(grad.shape[1:]) if need_colsum else (0,)
     return weight.new_empty(weight.shape), grad.new_empty(colsum_shape, dtype=torch.float32)
 
@@ -160,6 +163,7 @@ def _(grad, x, weight, need_colsum):
 def _setup_context(ctx, inputs, output):
     x, weight, bias, pos_embed, prefix = inputs
     ctx.save_for_backward(x, weight)
+    ctx.use_kernels = use_triton(x)
     ctx.bias_dtype = bias.dtype if bias is not None else None
     ctx.pos_meta = (pos_embed.shape, pos_embed.dtype) if pos_embed is not None else None
     ctx.prefix_meta = (prefix.shape[1], prefix.dtype) if prefix is not None else (0, None)
@@ -171,9 +175,10 @@ def _backward(ctx, grad):
     E, prefix_dtype = ctx.prefix_meta
     dx = dweight = dbias = dpos = dprefix = None
     if need_x:
-        dx = torch.ops.fastuvit.patch_embed_bwd_dx(grad, x, weight)
+        dx = torch.ops.fastuvit.patch_embed_bwd_dx(grad, x, weight, ctx.use_kernels)
     if need_weight or need_bias or need_pos:
-        dweight, colsum = torch.ops.fastuvit.patch_embed_bwd_params(grad, x, weight, need_bias or need_pos)
+        dweight, colsum = torch.ops.fastuvit.patch_embed_bwd_params(grad, x, weight, need_bias or need_pos,
+                                                                   ctx.use_kernels)
         dweight = dweight if need_weight else None
         if need_bias:
             dbias = colsum[E:].sum(0).to(ctx.bias_dtype)

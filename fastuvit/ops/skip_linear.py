@@ -77,15 +77,17 @@ def _(x, skip, weight, bias):
 
 
 @torch.library.custom_op("fastuvit::skip_linear_bwd_input", mutates_args=())
-def _skip_linear_bwd_input_op(grad_out: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    if use_triton(grad_out):
+def _skip_linear_bwd_input_op(grad_out: Tensor, weight: Tensor, use_kernels: bool) -> tuple[Tensor, Tensor]:
+    """``use_kernels``: the forward's decision (the backward may run in another thread, where
+    ``eager_fallback`` is not in force)."""
+    if use_kernels:
         return _kernels().skip_linear_bwd_input(grad_out, weight)
     D = weight.shape[1] // 2
     return grad_out @ weight[:, :D], grad_out @ weight[:, D:]
 
 
 @_skip_linear_bwd_input_op.register_fake
-def _(grad_out, weight):
+def _(grad_out, weight, use_kernels):
     shape = (*grad_out.shape[:-1], weight.shape[1] // 2)
     return grad_out.new_empty(shape), grad_out.new_empty(shape)
 
@@ -113,6 +115,7 @@ def _(grad_out, x, skip):
 def _setup_context(ctx, inputs, output):
     x, skip, weight, bias = inputs
     need_x, need_skip, need_weight = ctx.needs_input_grad[:3]
+    ctx.use_kernels = use_triton(x)
     ctx.save_for_backward(x if need_weight else None, skip if need_weight else None,
                           weight if need_x or need_skip else None)
 
@@ -122,7 +125,7 @@ def _backward(ctx, grad_out):
     need_x, need_skip, need_weight, need_bias = ctx.needs_input_grad[:4]  # (x, skip, weight, bias)
     grad_x = grad_skip = grad_weight = grad_bias = None
     if need_x or need_skip:
-        grad_x, grad_skip = torch.ops.fastuvit.skip_linear_bwd_input(grad_out, weight)
+        grad_x, grad_skip = torch.ops.fastuvit.skip_linear_bwd_input(grad_out, weight, ctx.use_kernels)
     if need_weight:
         grad_weight = torch.ops.fastuvit.skip_linear_bwd_weight(grad_out, x, skip)
     if need_bias:
