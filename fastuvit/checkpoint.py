@@ -61,12 +61,17 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
     """None when ``state`` fits ``model`` exactly; else a message listing every difference."""
-    expected = model.state_dict()
+    return shape_mismatch({k: v.shape for k, v in model.state_dict().items()}, state)
+
+
+def shape_mismatch(expected: Mapping[str, tuple], state: Mapping[str, torch.Tensor]) -> str | None:
+    """None when ``state`` has exactly the keys of ``expected`` ({key: shape}) with those shapes; else
+    a message listing the missing, unexpected and mis-shaped keys."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k])
     )
     if not (missing or unexpected or misshaped):
         return None
