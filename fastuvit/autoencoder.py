@@ -175,7 +175,8 @@ class FrozenAutoencoderKL(nn.Module):
         state = self.vae.state_dict()
         return {name: state[key].reshape(shape) for name, (key, shape) in self.official_layout().items()}
 
-    def load_official_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "state dict") -> "FrozenAutoencoderKL":
+    def load_official_state_dict(self, state: Mapping[str, torch.Tensor],
+                                 source: str = "state dict") -> "FrozenAutoencoderKL":
         """Load weights in the official layout, strictly; returns self. A state dict of another model
         raises ``ValueError`` listing the missing, unexpected and mis-shaped keys, loading nothing."""
         from .checkpoint import shape_mismatch

@@ -2,11 +2,14 @@
 
     fastuvit demo   [--steps N] [--out DIR] [--device D] [--seed S]
     fastuvit train  (--config NAME | --variant uvit|uvit_t2i) [--set KEY=VALUE ...] --data PATH --out DIR [...]
-    fastuvit sample (--run DIR | --config NAME --checkpoint FILE) --out FILE.png|FILE.npz [...]
+    fastuvit sample (--run DIR | --config NAME --checkpoint FILE) --out FILE.png|DIR/|FILE.npz
+                    [--labels L,... | --prompt TEXT ... | --prompts FILE] [--autoencoder FILE] [--clip PATH_OR_ID] [...]
 
 ``train`` runs in one process, or under ``torchrun --nproc_per_node N -m fastuvit train ...`` with
-DDP (default) or FSDP2 (``--strategy fsdp``). Bad arguments or files end with a one-line error on
-stderr and exit status 2 (``FASTUVIT_DEBUG=1`` shows the traceback instead).
+DDP (default) or FSDP2 (``--strategy fsdp``). ``sample`` decodes a latent model's samples with the
+Stable Diffusion autoencoder and encodes prompts with CLIP, both on the sampling device (the
+``latent`` extra). Bad arguments or files, and a missing extra, end with a one-line error on stderr
+and exit status 2 (``FASTUVIT_DEBUG=1`` shows the traceback instead).
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import argparse
 import ast
 import os
 import sys
+from typing import NamedTuple
+
+from ._extras import MissingExtraError
 
 EXIT_USAGE = 2
 
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import DEFAULTS
     from .distributed import STRATEGIES
     from .sampling import SAMPLERS
+    from .text import DEFAULT_CLIP
     from .training import PRECISIONS, TrainConfig
 
     parser = _Parser(prog="fastuvit", description="Train and sample U-ViT diffusion models.")
@@ -110,16 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None)
     train.add_argument("--no-progress", action="store_true")
 
-    smp = sub.add_parser("sample", help="sample a trained or released model to a PNG grid or an .npz")
+    smp = sub.add_parser("sample", help="sample a trained or released model to PNGs (a grid or one per sample) "
+                                        "or an .npz")
     smp.add_argument("--run", help="a run folder written by fastuvit train / demo")
     _add_model_arguments(smp)
     smp.add_argument("--checkpoint", help="weights: .pth (the released nnet.pth / nnet_ema.pth) or .safetensors")
-    smp.add_argument("--out", required=True, help="FILE.png (a grid, 1 or 3 channels) or FILE.npz (samples)")
+    smp.add_argument("--out", required=True, help="FILE.png (a grid), DIR/ (one PNG per sample) or FILE.npz (the "
+                                                   "samples: a latent model's latents)")
     smp.add_argument("--labels", type=_int_list, help="class labels, a row each (default 0..9)")
-    smp.add_argument("--per-label", type=_positive_int, default=8, help="samples per label (%(default)s)")
+    smp.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                     help="a prompt for a text-to-image model, a row each (repeatable)")
+    smp.add_argument("--prompts", metavar="FILE", help="a text file of prompts, one a line (blank lines skipped)")
+    smp.add_argument("--per-label", "--per-prompt", dest="per_label", type=_positive_int, default=8,
+                     help="samples per label or prompt (%(default)s)")
     smp.add_argument("--n", type=_positive_int, default=64, help="samples of an unconditional model (%(default)s)")
-    smp.add_argument("--context", help=".npy (N, L, D) text contexts of a text-to-image model")
-    smp.add_argument("--empty-context", help=".npy (L, D): the empty context, for guidance")
+    smp.add_argument("--clip", default=DEFAULT_CLIP, metavar="PATH_OR_ID",
+                     help="the CLIP text encoder: a local folder or a hub id (%(default)s)")
+    smp.add_argument("--context", help="instead of prompts: .npy (N, L, D) text contexts")
+    smp.add_argument("--empty-context", help=".npy (L, D): the null context of guidance (default: CLIP's encoding "
+                                             "of the empty prompt)")
+    smp.add_argument("--autoencoder", metavar="FILE", help="a latent model's autoencoder, for pictures: the released "
+                                                           "autoencoder_kl.pth / autoencoder_kl_ema.pth")
+    smp.add_argument("--scale-factor", type=float, default=None,
+                     help="the latents' scale factor (default: the config's: 0.18215, MS-COCO 0.23010)")
+    smp.add_argument("--decode-batch-size", type=_positive_int, default=50,
+                     help="latents decoded at a time (%(default)s)")
     smp.add_argument("--guidance-scale", type=float, default=None, help="default: the official one, else 0")
     smp.add_argument("--null-label", type=int, default=None, help="default: the run's, else num_classes - 1")
     smp.add_argument("--sampler", choices=list(SAMPLERS), default=None)
@@ -222,91 +244,261 @@ def _load_npy(path, what):
         raise ValueError(f"could not read {what} {path}: {e}") from None
 
 
-def cmd_sample(args):
-    import numpy as np
-    import torch
+# -- fastuvit sample, step by step ----------------------------------------------------------------------
+class _Plan(NamedTuple):
+    """How to sample: the released config (None for others) and the sampler settings."""
+    config: str | None
+    schedule: str
+    sampler: str
+    steps: int
+    guidance_scale: float
+    null_label: int | None
 
+
+class _Conditions(NamedTuple):
+    """What to sample: a condition per sample (None: unconditional), the null one of guidance, a name
+    tag per sample (for file names), the samples per grid row, and the prompt per sample (text models)."""
+    cond: object
+    null_cond: object
+    tags: list
+    ncol: int
+    prompts: tuple = ()
+
+
+def _output_kind(out: str) -> str:
+    """"grid" (FILE.png), "folder" (DIR/: a PNG per sample) or "npz" (the samples themselves)."""
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        return "folder"
+    kind = {".png": "grid", ".npz": "npz"}.get(os.path.splitext(out)[1].lower())
+    if kind is None:
+        raise UsageError(f"--out must end in .png or .npz, or be a folder (DIR/), got {out}")
+    return kind
+
+
+def _sampling_model(args):
+    """The network (weights loaded, on the CPU) and the plan: the official settings of its config,
+    overridden by the command's."""
     from .checkpoint import load_checkpoint
-    from .distributed import init_distributed
-    from .images import save_grid
-    from .sampling import OFFICIAL_SAMPLING, default_null_label, sample
-    from .training import PRECISIONS, load_run
+    from .sampling import OFFICIAL_SAMPLING
+    from .training import load_run
 
-    out_kind = os.path.splitext(args.out)[1].lower()
-    if out_kind not in (".png", ".npz"):
-        raise UsageError(f"--out must end in .png or .npz, got {args.out}")
-    official = {}
     if args.run:
         if args.config or args.variant or args.set or args.checkpoint:
             raise UsageError("--run takes the model and weights from the run folder; drop --config/--variant/--set/"
                              "--checkpoint")
         model, run = load_run(args.run)
-        schedule, null_label = run.get("schedule", "discrete"), run.get("null_label")
-        official = OFFICIAL_SAMPLING.get(run.get("config") or "", {})
+        config, schedule, null_label = run.get("config"), run.get("schedule", "discrete"), run.get("null_label")
     else:
         if not args.checkpoint:
             raise UsageError("give --run DIR, or a model (--config/--variant) and --checkpoint FILE")
         variant, kwargs = _model_spec(args)
         model = load_checkpoint(_build_model(variant, kwargs), args.checkpoint)
-        official = OFFICIAL_SAMPLING.get(args.config or "", {})
-        schedule, null_label = official.get("schedule", "discrete"), None
-    schedule = args.schedule or schedule
-    sampler = args.sampler or official.get("sampler", "dpm_solver")
-    steps = args.steps or official.get("steps", 50)
-    scale = args.guidance_scale if args.guidance_scale is not None else official.get("guidance_scale", 0.0)
-    null_cond = args.null_label if args.null_label is not None else null_label
+        config, null_label = args.config, None
+        schedule = OFFICIAL_SAMPLING.get(config or "", {}).get("schedule", "discrete")
+    official = OFFICIAL_SAMPLING.get(config or "", {})
+    plan = _Plan(config=config, schedule=args.schedule or schedule,
+                 sampler=args.sampler or official.get("sampler", "dpm_solver"),
+                 steps=args.steps or official.get("steps", 50),
+                 guidance_scale=args.guidance_scale if args.guidance_scale is not None
+                 else official.get("guidance_scale", 0.0),
+                 null_label=args.null_label if args.null_label is not None else null_label)
+    return model, plan
 
+
+def _model_kind(model) -> str:
+    if hasattr(model, "context_embed"):
+        return "text-to-image"
+    return "class-conditional" if getattr(model, "num_classes", -1) > 0 else "unconditional"
+
+
+def _check_condition_arguments(args, model, plan) -> None:
+    """--labels for class-conditional models; --prompt/--prompts/--context for text-to-image ones."""
+    kind = _model_kind(model)
+    text_flags = [flag for flag, value in (("--prompt", args.prompt), ("--prompts", args.prompts),
+                                           ("--context", args.context), ("--empty-context", args.empty_context))
+                  if value]
+    if kind != "text-to-image" and text_flags:
+        use = ": use --labels" if kind == "class-conditional" else ""
+        raise UsageError(f"{text_flags[0]} is for text-to-image models; this one is {kind}{use}")
+    if kind != "class-conditional" and args.labels is not None:
+        use = ": use --prompt TEXT or --prompts FILE" if kind == "text-to-image" else ""
+        raise UsageError(f"--labels is for class-conditional models; this one is {kind}{use}")
+    if kind == "text-to-image":
+        if args.context and (args.prompt or args.prompts):
+            raise UsageError("give --prompt/--prompts or --context, not both")
+        if not (args.prompt or args.prompts or args.context):
+            raise UsageError("a text-to-image model needs --prompt TEXT (repeatable), --prompts FILE or "
+                             "--context FILE.npy")
+    if kind == "unconditional" and plan.guidance_scale != 0:
+        raise UsageError("an unconditional model cannot be guided: use --guidance-scale 0")
+
+
+def _autoencoder(args, model, config, out_kind, device):
+    """The autoencoder that turns a latent model's samples into pictures (None for pixel models and
+    for .npz output), on the sampling device; or a one-line error naming the file the config uses."""
+    from .autoencoder import OFFICIAL_AUTOENCODERS, SCALE_FACTOR, load_autoencoder
+
+    official = OFFICIAL_AUTOENCODERS.get(config or "")
+    latent = model.in_chans not in (1, 3)
+    if args.autoencoder is None:
+        if args.scale_factor is not None:
+            raise UsageError("--scale-factor goes with --autoencoder FILE")
+        if latent and out_kind != "npz":
+            which = (f"{official.file}, the Stable Diffusion autoencoder its official config uses" if official
+                     else "the Stable Diffusion KL-f8 autoencoder, e.g. autoencoder_kl.pth")
+            raise UsageError(f"{config or 'the model'} makes {model.in_chans}-channel latents: give --autoencoder "
+                             f"FILE ({which}) for pictures, or write the latents to FILE.npz")
+        return None
+    if out_kind == "npz":
+        raise UsageError("--autoencoder decodes to pictures: write them to FILE.png or DIR/ (an .npz keeps the "
+                         "latents, without --autoencoder)")
+    if not latent:
+        raise UsageError(f"--autoencoder is for latent models; this one makes {model.in_chans}-channel images")
+    if args.scale_factor is not None and not args.scale_factor > 0:
+        raise UsageError(f"--scale-factor must be positive, got {args.scale_factor}")
+    scale = args.scale_factor if args.scale_factor is not None else official.scale_factor if official else SCALE_FACTOR
+    autoencoder = load_autoencoder(args.autoencoder, scale, device=device)
+    if autoencoder.z_channels != model.in_chans:
+        raise ValueError(f"the autoencoder decodes {autoencoder.z_channels}-channel latents; the model makes "
+                         f"{model.in_chans}-channel ones")
+    return autoencoder
+
+
+def _read_prompts(args) -> list:
+    """--prompt values, then the lines of --prompts FILE (blank lines skipped)."""
+    prompts = list(args.prompt)
+    if args.prompts:
+        if not os.path.isfile(args.prompts):
+            raise FileNotFoundError(f"prompts file not found: {args.prompts}")
+        with open(args.prompts, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        if not any(lines):
+            raise ValueError(f"--prompts {args.prompts} has no prompts (one a line)")
+        prompts += [line for line in lines if line]
+    return prompts
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    """A file-name-safe tag of a prompt: lower case, runs of other characters as one '-'."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
+
+
+def _text_conditions(args, model, plan, prompts, device) -> _Conditions:
+    """Contexts of the prompts (or --context), and the null context when guided: CLIP's encoding of
+    the empty prompt (or --empty-context). CLIP runs on the sampling device; so do its outputs."""
+    import numpy as np
+    import torch
+
+    from .text import load_text_encoder
+
+    expected = (model.num_clip_token, model.clip_dim)
+    clip = None
+    if prompts or (plan.guidance_scale != 0 and not args.empty_context):
+        clip = load_text_encoder(args.clip, device=device)
+        if (clip.max_length, clip.dim) != expected:
+            raise ValueError(f"the CLIP text encoder {args.clip} makes {clip.max_length}x{clip.dim} contexts; the "
+                             f"model reads {expected[0]}x{expected[1]} (openai/clip-vit-large-patch14's)")
+    if prompts:
+        for index, tokens in clip.truncated(prompts):
+            print(f"fastuvit: prompt {index + 1} is {tokens} tokens long: CLIP reads its first {clip.max_length} "
+                  f"(start and end tokens included) and drops the rest, as the official code", file=sys.stderr)
+        contexts, tags = clip.encode(prompts), [_slug(p) for p in prompts]
+    else:
+        contexts = torch.from_numpy(_load_npy(args.context, "context").astype(np.float32))
+        if contexts.dim() != 3 or tuple(contexts.shape[1:]) != expected:
+            raise ValueError(f"--context must be (N, {expected[0]}, {expected[1]}), got {tuple(contexts.shape)}")
+        contexts, tags = contexts.to(device), [f"context{i}" for i in range(len(contexts))]
+    null_cond = None
+    if plan.guidance_scale != 0:
+        null_cond = (torch.from_numpy(_load_npy(args.empty_context, "empty context").astype(np.float32)).to(device)
+                     if args.empty_context else clip.empty_context())
+    per = args.per_label
+    return _Conditions(contexts.repeat_interleave(per, 0), null_cond, [t for t in tags for _ in range(per)], per,
+                       [p for p in prompts for _ in range(per)])
+
+
+def _conditions(args, model, plan, prompts, device) -> _Conditions:
+    """A row of --per-label samples per label / prompt / context; unconditional models get --n samples."""
+    import torch
+
+    from .sampling import default_null_label
+
+    kind = _model_kind(model)
+    if kind == "text-to-image":
+        return _text_conditions(args, model, plan, prompts, device)
+    if kind == "unconditional":
+        return _Conditions(None, None, [""] * args.n, 8)
+    null_label = default_null_label(model) if plan.null_label is None else plan.null_label
+    labels = args.labels if args.labels is not None else [
+        v for v in range(min(11, model.num_classes)) if v != null_label][:10]
+    bad = [v for v in labels if not 0 <= v < model.num_classes]
+    if not labels or bad:
+        raise UsageError(f"--labels must be in [0, {model.num_classes}), got {bad or 'none'}")
+    per = args.per_label
+    return _Conditions(torch.tensor(labels).repeat_interleave(per), null_label,
+                       [f"class{v}" for v in labels for _ in range(per)], per)
+
+
+def _write_samples(batches, out_kind: str, out: str, conditions: _Conditions) -> str:
+    """Consume the sample batches (on the sampling device) into --out. Pictures become uint8 on the
+    device before they are copied to the host."""
+    import numpy as np
+    import torch
+
+    from .images import image_grid, save_png, uint8_images
+
+    if out_kind == "npz":
+        samples = torch.cat([b.cpu() for b in batches]).numpy()
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        labelled = conditions.cond is not None and conditions.cond.dim() == 1
+        extra = {"labels": conditions.cond.numpy()} if labelled else {}
+        if conditions.prompts:
+            extra["prompts"] = np.array(conditions.prompts)
+        np.savez(out, samples=samples, **extra)
+        return out
+    if out_kind == "grid":
+        images = np.concatenate([uint8_images(b).cpu().numpy() for b in batches])
+        return save_png(image_grid(images, conditions.ncol, scale=max(1, 64 // images.shape[1])), out)
+    index = 0
+    for batch in batches:
+        for image in uint8_images(batch).cpu().numpy():
+            tag = conditions.tags[index]
+            save_png(image, os.path.join(out, f"{index:05d}{'-' + tag if tag else ''}.png"))
+            index += 1
+    return out
+
+
+def cmd_sample(args):
+    """Check the arguments (cheap refusals first), load the network, the autoencoder and CLIP onto one
+    device, then sample, decode and write batch by batch."""
+    import torch
+
+    from .distributed import init_distributed
+    from .pipeline import sample_batches
+    from .training import PRECISIONS
+
+    out_kind = _output_kind(args.out)
+    model, plan = _sampling_model(args)
+    _check_condition_arguments(args, model, plan)
+    prompts = _read_prompts(args)
     _, device = init_distributed(args.device)
     model = model.to(device).eval()
-    text = hasattr(model, "context_embed")
-    cond, ncol = None, 8
-    if text:
-        if not args.context:
-            raise UsageError("a text-to-image model needs --context FILE.npy (N, L, D)")
-        cond = torch.from_numpy(_load_npy(args.context, "context").astype(np.float32))
-        expected = (model.num_clip_token, model.clip_dim)
-        if cond.dim() != 3 or tuple(cond.shape[1:]) != expected:
-            raise ValueError(f"--context must be (N, {expected[0]}, {expected[1]}), got {tuple(cond.shape)}")
-        if scale != 0:
-            if not args.empty_context:
-                raise UsageError("guidance needs --empty-context FILE.npy (L, D); or --guidance-scale 0")
-            null_cond = torch.from_numpy(_load_npy(args.empty_context, "empty context").astype(np.float32))
-    elif getattr(model, "num_classes", -1) > 0:
-        null_cond = default_null_label(model) if null_cond is None else null_cond
-        labels = args.labels if args.labels is not None else [
-            v for v in range(min(11, model.num_classes)) if v != null_cond][:10]
-        bad = [v for v in labels if not 0 <= v < model.num_classes]
-        if not labels or bad:
-            raise UsageError(f"--labels must be in [0, {model.num_classes}), got {bad or 'none'}")
-        cond = torch.tensor(labels).repeat_interleave(args.per_label)
-        ncol = args.per_label
-    else:
-        if scale != 0:
-            raise UsageError("an unconditional model cannot be guided: use --guidance-scale 0")
-    n = len(cond) if cond is not None else args.n
-    if out_kind == ".png" and model.in_chans not in (1, 3):
-        raise UsageError(f"the model makes {model.in_chans}-channel samples (latents?): write them to an .npz")
-
-    generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(n, model.in_chans, model.img_size, model.img_size, generator=generator)
-    sde_generator = torch.Generator(device).manual_seed(args.seed)
-    outs = []
-    for i in range(0, n, args.batch_size):
-        part = slice(i, i + args.batch_size)
-        with torch.no_grad():
-            outs.append(sample(model, noise[part].to(device), None if cond is None else cond[part].to(device),
-                               schedule=schedule, sampler=sampler, steps=steps, guidance_scale=scale,
-                               null_cond=null_cond, autocast_dtype=PRECISIONS[args.precision],
-                               generator=sde_generator, progress=not args.no_progress).cpu())
-    samples = torch.cat(outs)
-    if out_kind == ".png":
-        path = save_grid(samples, args.out, ncol=ncol, scale=max(1, 64 // model.img_size))
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        extra = {} if cond is None or text else {"labels": cond.numpy()}
-        np.savez(args.out, samples=samples.numpy(), **extra)
-        path = args.out
-    print(f"{n} samples ({sampler}, {steps} steps, guidance {scale}): {path}", file=sys.stderr)
+    autoencoder = _autoencoder(args, model, plan.config, out_kind, device)  # before CLIP: the cheaper to refuse
+    conditions = _conditions(args, model, plan, prompts, device)
+    n = len(conditions.tags)
+    noise = torch.randn(n, model.in_chans, model.img_size, model.img_size,
+                        generator=torch.Generator().manual_seed(args.seed))
+    batches = sample_batches(model, noise, conditions.cond, autoencoder=autoencoder, batch_size=args.batch_size,
+                             decode_batch_size=args.decode_batch_size, progress=not args.no_progress,
+                             generator=torch.Generator(device).manual_seed(args.seed), schedule=plan.schedule,
+                             sampler=plan.sampler, steps=plan.steps, guidance_scale=plan.guidance_scale,
+                             null_cond=conditions.null_cond, autocast_dtype=PRECISIONS[args.precision])
+    path = _write_samples(batches, out_kind, args.out, conditions)
+    decoded = f", decoded by {args.autoencoder}" if autoencoder is not None else ""
+    print(f"{n} samples ({plan.sampler}, {plan.steps} steps, guidance {plan.guidance_scale}{decoded}): {path}",
+          file=sys.stderr)
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample}
@@ -319,7 +511,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{e.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, MissingExtraError) as e:
         if os.environ.get("FASTUVIT_DEBUG") == "1":  # the traceback, for bug reports
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__

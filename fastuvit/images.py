@@ -1,4 +1,5 @@
-"""Pictures out of samples: [-1, 1] tensors to uint8, a grid of them as a PNG, and a loss curve."""
+"""Pictures out of samples: [-1, 1] tensors to uint8, a grid of them or one file each as PNGs, and a
+loss curve."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,17 @@ import numpy as np
 import torch
 
 
+def uint8_images(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C) on the same device, with the official pixels: its
+    ``unpreprocess`` (``0.5·(x + 1)`` clamped to [0, 1]) then torchvision's ``save_image`` (·255 + 0.5,
+    truncated)."""
+    x = (0.5 * (x.detach().float() + 1)).clamp(0, 1)
+    return (x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C) numpy array (``uint8_images`` on the host)."""
+    return uint8_images(x).cpu().numpy()
 
 
 def image_grid(images: np.ndarray, ncol: int, pad: int = 2, scale: int = 1, background: int = 255) -> np.ndarray:

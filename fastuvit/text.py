@@ -17,7 +17,9 @@ does not need it, loading an encoder does. The weights come from a local folder 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ from torch import nn
 from ._extras import require
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")  # "name" or "owner/name"; anything else is a path
 MAX_LENGTH = 77
 
 
@@ -42,6 +45,21 @@ def _prompt_list(prompts) -> list[str]:
     return list(prompts)
 
 
+@contextlib.contextmanager
+def _quiet(transformers):
+    """No loading progress bar, and no notice that the full CLIP checkpoint's vision weights go unused."""
+    logging = transformers.utils.logging
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
+
+
 class FrozenCLIPEmbedder(nn.Module):
     """The official ``FrozenCLIPEmbedder``: a CLIP tokenizer and text transformer from ``version``
     (a local folder or a hub id), frozen, in eval mode, fp32, on ``device`` (default: the CPU).
@@ -54,12 +72,12 @@ class FrozenCLIPEmbedder(nn.Module):
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2 (start and end tokens), got {max_length!r}")
         version = os.fspath(version)
-        looks_like_path = os.path.isabs(version) or version.startswith((".", "~")) or os.path.exists(version)
-        if looks_like_path and not os.path.isdir(version):
+        if not os.path.isdir(version) and not _HUB_ID.fullmatch(version):
             raise FileNotFoundError(f"CLIP text encoder folder not found: {version}")
         try:
-            self.tokenizer = transformers.CLIPTokenizer.from_pretrained(version)
-            self.transformer = transformers.CLIPTextModel.from_pretrained(version, dtype=torch.float32)
+            with _quiet(transformers):
+                self.tokenizer = transformers.CLIPTokenizer.from_pretrained(version)
+                self.transformer = transformers.CLIPTextModel.from_pretrained(version, dtype=torch.float32)
         except (OSError, ValueError) as e:  # no such folder / hub id, no network, incomplete folder
             hint = "" if os.path.isdir(version) else (" (without network: download it elsewhere and give "
                                                        "its folder)")

@@ -174,3 +174,15 @@ def write_tiny_clip(folder, n_merges=80):
             params[key].copy_(value)
     model.save_pretrained(folder)
     return folder
+
+
+def released_autoencoder(folder):
+    """A released-architecture autoencoder with random weights (seed 0), saved as the official files
+    are (a plain state dict in the official layout) to FOLDER/autoencoder_kl.pth: (path, model)."""
+    from fastuvit.autoencoder import FrozenAutoencoderKL
+
+    torch.manual_seed(0)
+    model = FrozenAutoencoderKL()
+    path = os.path.join(folder, "autoencoder_kl.pth")
+    torch.save(model.official_state_dict(), path)
+    return path, model

@@ -83,7 +83,8 @@ def main():
     sys.path.insert(0, repo)
     torch.set_num_threads(1)  # one summation order
     with tempfile.TemporaryDirectory() as tmp:
-        for path, arrays in ((cases.AUTOENCODER_GOLDEN, autoencoder_golden(tmp)), (cases.CLIP_GOLDEN, clip_golden(tmp))):
+        for path, arrays in ((cases.AUTOENCODER_GOLDEN, autoencoder_golden(tmp)),
+                             (cases.CLIP_GOLDEN, clip_golden(tmp))):
             arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
             np.savez_compressed(path, **arrays)
             print(f"{path}: {os.path.getsize(path)} bytes, {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,13 +106,8 @@ def test_key_names_agree_with_diffusers_own_converter():
 
 @pytest.fixture(scope="module")
 def released_file(tmp_path_factory):
-    """A released-architecture autoencoder (random weights) saved as the official files are: a plain
-    state dict in the official layout."""
-    torch.manual_seed(0)
-    ae = FrozenAutoencoderKL()
-    path = tmp_path_factory.mktemp("ae") / "autoencoder_kl.pth"
-    torch.save(ae.official_state_dict(), path)
-    return path, ae
+    path, model = cases.released_autoencoder(tmp_path_factory.mktemp("ae"))
+    return Path(path), model
 
 
 def test_released_file_loads_strictly_and_decodes(released_file):
