@@ -477,15 +477,17 @@ def guided_noise_fn(model, schedule, cond: torch.Tensor | None = None, *, guidan
 
 SAMPLERS = ("dpm_solver", "dpm_solver++", "euler_maruyama_sde", "euler_maruyama_ode")
 
-# What the official evaluation runs for each released config (sample config + the script it uses).
+# What the official evaluation runs for each released config (sample config + the script it uses). The
+# ImageNet L models were trained in continuous time (train_ldm.py) and are evaluated by eval_ldm.py, as the
+# pixel models by eval.py; the H and MS-COCO models in discrete time (eval_ldm_discrete.py, eval_t2i_discrete.py).
 OFFICIAL_SAMPLING = {
     "cifar10_uvit_small": dict(schedule="continuous", sampler="euler_maruyama_sde", steps=1000, guidance_scale=0.0),
     "celeba64_uvit_small": dict(schedule="continuous", sampler="euler_maruyama_sde", steps=1000, guidance_scale=0.0),
     "imagenet64_uvit_mid": dict(schedule="continuous", sampler="dpm_solver", steps=50, guidance_scale=0.0),
     "imagenet64_uvit_large": dict(schedule="continuous", sampler="dpm_solver", steps=50, guidance_scale=0.0),
-    "imagenet256_uvit_large": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=0.4),
+    "imagenet256_uvit_large": dict(schedule="continuous", sampler="dpm_solver", steps=50, guidance_scale=0.4),
     "imagenet256_uvit_huge": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=0.4),
-    "imagenet512_uvit_large": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=0.7),
+    "imagenet512_uvit_large": dict(schedule="continuous", sampler="dpm_solver", steps=50, guidance_scale=0.7),
     "imagenet512_uvit_huge": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=0.7),
     "mscoco_uvit_small": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=1.0),
     "mscoco_uvit_small_deep": dict(schedule="discrete", sampler="dpm_solver", steps=50, guidance_scale=1.0),

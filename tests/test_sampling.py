@@ -323,3 +323,17 @@ def test_official_guided_uvit_live(official):
             x, steps=50, eps=1.0 / 1000, T=1.0)
         got = sampling.sample(ours, x, y, schedule="discrete", steps=50, guidance_scale=scale)
     assert rel_err(got, expected) <= 1e-4
+
+
+def test_official_settings_follow_each_configs_evaluation_script():
+    """The official README evaluates the pixel models with eval.py and the ImageNet L/2, L/4 latent models
+    with eval_ldm.py (continuous time, trained by train_ldm.py); the H and MS-COCO models with
+    eval_ldm_discrete.py / eval_t2i_discrete.py; guidance scales from the configs' `sample.scale`."""
+    official = sampling.OFFICIAL_SAMPLING
+    continuous = {"cifar10_uvit_small", "celeba64_uvit_small", "imagenet64_uvit_mid", "imagenet64_uvit_large",
+                  "imagenet256_uvit_large", "imagenet512_uvit_large"}
+    assert {name for name, s in official.items() if s["schedule"] == "continuous"} == continuous
+    assert set(official) == set(fastuvit.CONFIGS)
+    assert {name: s["guidance_scale"] for name, s in official.items() if s["guidance_scale"]} == {
+        "imagenet256_uvit_large": 0.4, "imagenet256_uvit_huge": 0.4, "imagenet512_uvit_large": 0.7,
+        "imagenet512_uvit_huge": 0.7, "mscoco_uvit_small": 1.0, "mscoco_uvit_small_deep": 1.0}
