@@ -175,10 +175,11 @@ class FrozenAutoencoderKL(nn.Module):
         state = self.vae.state_dict()
         return {name: state[key].reshape(shape) for name, (key, shape) in self.official_layout().items()}
 
-    def load_official_state_dict(self, state: Mapping[str, torch.Tensor],
-                                 source: str = "state dict") -> "FrozenAutoencoderKL":
+    def load_official_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "state dict", *,
+                                 assign: bool = False) -> "FrozenAutoencoderKL":
         """Load weights in the official layout, strictly; returns self. A state dict of another model
-        raises ``ValueError`` listing the missing, unexpected and mis-shaped keys, loading nothing."""
+        raises ``ValueError`` listing the missing, unexpected and mis-shaped keys, loading nothing.
+        ``assign=True`` takes the tensors as the parameters (cast to their dtype) instead of copying."""
         from .checkpoint import shape_mismatch
 
         layout = self.official_layout()
@@ -186,8 +187,9 @@ class FrozenAutoencoderKL(nn.Module):
         if problem is not None:
             raise ValueError(f"{source} is not a KL-f8 autoencoder of this configuration (the official "
                              f"autoencoder_kl.pth layout): {problem}")
-        converted = {key: state[name].reshape(self.vae.state_dict()[key].shape) for name, (key, _) in layout.items()}
-        self.vae.load_state_dict(converted, strict=True)
+        ours = self.vae.state_dict()
+        converted = {key: state[name].reshape(ours[key].shape).to(ours[key].dtype) for name, (key, _) in layout.items()}
+        self.vae.load_state_dict(converted, strict=True, assign=assign)
         return self
 
     # -- checks -------------------------------------------------------------------------------------
@@ -226,7 +228,9 @@ def load_autoencoder(path: str | os.PathLike, scale_factor: float = SCALE_FACTOR
     from .checkpoint import load_state_dict_file
 
     state = load_state_dict_file(path)
-    model = FrozenAutoencoderKL(scale_factor).load_official_state_dict(state, source=os.fspath(path))
+    with torch.device("meta"):  # no random initialisation (seconds at this size): every weight comes from the file
+        model = FrozenAutoencoderKL(scale_factor)
+    model.load_official_state_dict(state, source=os.fspath(path), assign=True)
     return model.to(device) if device is not None else model
 
 

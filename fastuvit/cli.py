@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                      help="a prompt for a text-to-image model, a row each (repeatable)")
     smp.add_argument("--prompts", metavar="FILE", help="a text file of prompts, one a line (blank lines skipped)")
-    smp.add_argument("--per-label", "--per-prompt", dest="per_label", type=_positive_int, default=8,
+    smp.add_argument("--per-label", "--per-prompt", dest="per_label", type=_positive_int, default=8, metavar="N",
                      help="samples per label or prompt (%(default)s)")
     smp.add_argument("--n", type=_positive_int, default=64, help="samples of an unconditional model (%(default)s)")
     smp.add_argument("--clip", default=DEFAULT_CLIP, metavar="PATH_OR_ID",

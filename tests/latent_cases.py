@@ -177,12 +177,11 @@ def write_tiny_clip(folder, n_merges=80):
 
 
 def released_autoencoder(folder):
-    """A released-architecture autoencoder with random weights (seed 0), saved as the official files
-    are (a plain state dict in the official layout) to FOLDER/autoencoder_kl.pth: (path, model)."""
-    from fastuvit.autoencoder import FrozenAutoencoderKL
-
-    torch.manual_seed(0)
-    model = FrozenAutoencoderKL()
+    """A file as the released ``autoencoder_kl.pth``: a plain state dict with the official code's keys and
+    shapes (from the golden file), weights from ``seeded_state_dict`` (seed 0). (path, state dict)."""
+    with np.load(AUTOENCODER_GOLDEN) as f:
+        layout = json.loads(str(f["official_layouts"]))["released"]
+    state = seeded_state_dict(layout, 0)
     path = os.path.join(folder, "autoencoder_kl.pth")
-    torch.save(model.official_state_dict(), path)
-    return path, model
+    torch.save(state, path)
+    return path, state

@@ -106,31 +106,37 @@ def test_key_names_agree_with_diffusers_own_converter():
 
 @pytest.fixture(scope="module")
 def released_file(tmp_path_factory):
-    path, model = cases.released_autoencoder(tmp_path_factory.mktemp("ae"))
-    return Path(path), model
+    path, state = cases.released_autoencoder(tmp_path_factory.mktemp("ae"))
+    return Path(path), state
 
 
 def test_released_file_loads_strictly_and_decodes(released_file):
-    path, original = released_file
+    path, state = released_file
     ae = load_autoencoder(path, scale_factor=0.2301)
     assert ae.scale_factor == 0.2301 and not ae.training
     assert not any(p.requires_grad for p in ae.parameters())
-    for key, value in original.vae.state_dict().items():
-        assert torch.equal(ae.vae.state_dict()[key], value), key
+    assert {p.device.type for p in ae.parameters()} == {"cpu"}
+    loaded = ae.official_state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
     z = torch.randn(2, 4, 3, 2)
     with torch.no_grad():
         x = ae.decode(z)
         assert x.shape == (2, 3, 24, 16) and torch.isfinite(x).all()
         assert ae.encode_moments(x).shape == (2, 8, 3, 2)
-    # safetensors in the official layout too
-    save_state_dict(original.official_state_dict(), path.parent / "ae.safetensors")
-    assert load_autoencoder(path.parent / "ae.safetensors").scale_factor == 0.18215
+    # safetensors in the official layout too, here in fp16: the weights are cast to fp32
+    save_state_dict({k: v.half() for k, v in state.items()}, path.parent / "ae.safetensors")
+    half = load_autoencoder(path.parent / "ae.safetensors")
+    assert half.scale_factor == 0.18215 and {p.dtype for p in half.parameters()} == {torch.float32}
+    assert torch.equal(half.official_state_dict()["decoder.conv_out.weight"],
+                       state["decoder.conv_out.weight"].half().float())
 
 
 def test_another_models_file_is_refused_naming_keys(released_file, tmp_path):
     import fastuvit
 
-    _, original = released_file
+    path, state = released_file
     uvit = fastuvit.UViT(img_size=4, patch_size=2, in_chans=4, embed_dim=8, depth=1, num_heads=2)
     torch.save(uvit.state_dict(), tmp_path / "nnet_ema.pth")
     with pytest.raises(ValueError, match=r"nnet_ema\.pth is not a KL-f8 autoencoder") as info:
@@ -139,19 +145,19 @@ def test_another_models_file_is_refused_naming_keys(released_file, tmp_path):
     assert "missing keys (248): decoder.conv_in.bias, decoder.conv_in.weight" in message
     assert "unexpected keys" in message and "pos_embed" in message
 
-    state = original.official_state_dict()
-    before = {k: v.clone() for k, v in original.vae.state_dict().items()}
+    ae = load_autoencoder(path)
+    before = {k: v.clone() for k, v in ae.vae.state_dict().items()}
     broken = dict(state)
     del broken["decoder.up.0.block.2.conv2.bias"]  # official up.0 = diffusers' last up block
     broken["first_stage_model.extra"] = torch.zeros(1)  # a latent-diffusion checkpoint's prefix
     broken["encoder.mid.attn_1.q.weight"] = state["encoder.mid.attn_1.q.weight"][:, :, 0, 0]  # a linear layout
     with pytest.raises(ValueError) as info:
-        original.load_official_state_dict(broken)
+        ae.load_official_state_dict(broken)
     message = str(info.value)
     assert "missing keys (1): decoder.up.0.block.2.conv2.bias" in message
     assert "unexpected keys (1): first_stage_model.extra" in message
     assert "encoder.mid.attn_1.q.weight: checkpoint (512, 512) vs model (512, 512, 1, 1)" in message
-    for key, value in original.vae.state_dict().items():  # nothing was loaded
+    for key, value in ae.vae.state_dict().items():  # nothing was loaded
         assert torch.equal(value, before[key]), key
 
 
